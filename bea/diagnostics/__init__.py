@@ -1,0 +1,1 @@
+"""Monitors and metrics usable in any training loop; no file IO."""

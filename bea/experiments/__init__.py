@@ -1,0 +1,1 @@
+"""Offline experiments: data sets, models, strategies, runners and configs."""
