@@ -30,7 +30,7 @@ from bea._checks import (
     check_params,
     check_scalar_output,
 )
-from bea._tree import Tree, tree_dot, tree_ravel, tree_unravel
+from bea._tree import Tree, tree_ravel, tree_unravel
 
 HVP_MODES = ("auto", "forward", "reverse")
 BRACKET_MODES = ("fused", "forward", "reverse")
@@ -59,10 +59,8 @@ def select_names(
     if callable(selection):
         chosen = [name for name in params if selection(name)]
     else:
-        if isinstance(selection, str):
-            selection = [selection]
         try:
-            entries = list(selection)
+            entries = [selection] if isinstance(selection, str) else list(selection)
         except TypeError:
             raise TypeError(
                 f"{call}: {what} must be None, a name, a list of names or prefixes, or a predicate; "
@@ -131,34 +129,41 @@ def grad(loss: Callable, params: Mapping[str, Tensor]) -> Tree:
     return _grad_and_value("grad", loss, params)[0]
 
 
-def _is_forward_ad_failure(error: Exception) -> bool:
-    """Heuristic: did forward-mode AD fail because an operation lacks support?"""
-    message = str(error).lower()
-    keys = ("forward ad", "forward-mode", "forward mode", "jvp", "not implemented", "tangent")
-    return isinstance(error, NotImplementedError) or any(key in message for key in keys)
-
-
 def _with_forward_fallback(call: str, fn: Callable, mode: str, forward, reverse):
-    """Run ``forward()`` or ``reverse()`` by ``mode``; ``auto`` falls back to reverse."""
+    """Run ``forward()`` or ``reverse()`` by ``mode``; ``auto`` falls back to reverse.
+
+    Forward-over-reverse fails for some common operations in current torch
+    releases (``huber_loss`` has no forward derivative of its backward;
+    ``mse_loss`` raises "ZeroTensors are immutable"), so ``auto`` retries any
+    ``RuntimeError``/``NotImplementedError`` in reverse mode and remembers the
+    function. Errors of the caller's own making (``TypeError``/``ValueError``)
+    are never retried.
+    """
     if mode == "forward":
         return forward()
     if mode == "reverse":
         return reverse()
     try:
-        if fn in _NO_FORWARD_AD:
-            return reverse()
+        known_reverse = fn in _NO_FORWARD_AD
     except TypeError:  # not weak-referenceable: no caching
-        pass
+        known_reverse = False
+    if known_reverse:
+        return reverse()
     try:
         return forward()
-    except (RuntimeError, NotImplementedError) as error:
-        if not _is_forward_ad_failure(error):
-            raise
+    except (RuntimeError, NotImplementedError) as forward_error:
+        try:
+            result = reverse()
+        except (RuntimeError, NotImplementedError) as reverse_error:
+            raise RuntimeError(
+                f"{call}: neither forward-over-reverse ({forward_error}) nor "
+                f"reverse-over-reverse ({reverse_error}) differentiation works for this function"
+            ) from reverse_error
         try:
             _NO_FORWARD_AD.add(fn)
         except TypeError:
             pass
-        return reverse()
+        return result
 
 
 def _grad_and_hvp(call: str, loss: Callable, params: Tree, v: Tree, mode: str) -> tuple[Tree, Tree]:
@@ -304,10 +309,11 @@ def lie_bracket(
     order of the two steps matters: ``θ_(a→b) − θ_(b→a) = h²[g_a, g_b] + O(h³)``.
 
     Modes:
-        ``"fused"`` (default): one reverse pass through both gradient graphs,
-        ``∇_θ(⟨∇L_b(θ), sg(g_a)⟩ − ⟨∇L_a(θ), sg(g_b)⟩)`` with ``sg`` a stop-gradient:
-        two gradients with their graphs, then one backward pass; no third-order
-        graph is ever kept, and the gradients come out as by-products.
+        ``"fused"`` (default): the two gradients with their graphs, then one
+        reverse pass through both graphs with cotangents ``(−g_b, g_a)``, which
+        gives ``H_b g_a − H_a g_b`` (Hessians are symmetric); no third-order graph
+        is ever kept, and the gradients come out as by-products. The result stays
+        differentiable in ``params`` (e.g. to train on a bracket penalty).
         ``"forward"``: two forward-over-reverse products, ``g_b`` from the first.
         ``"reverse"``: two reverse-over-reverse products.
 
@@ -334,21 +340,19 @@ def lie_bracket(
 
     if mode == "fused":
 
-        def pairing(p):
+        def both_gradients(p):
             grad_a, value_a = grad_and_value(loss_a)(p)
             grad_b, value_b = grad_and_value(loss_b)(p)
-            fixed_a = {k: v.detach() for k, v in grad_a.items()}
-            fixed_b = {k: v.detach() for k, v in grad_b.items()}
-            return tree_dot(grad_b, fixed_a) - tree_dot(grad_a, fixed_b), (
-                fixed_a,
-                fixed_b,
-                value_a.detach(),
-                value_b.detach(),
-            )
+            return (grad_a, grad_b), (value_a, value_b)
 
-        bracket, (grad_a, grad_b, value_a, value_b) = torch.func.grad(pairing, has_aux=True)(params)
+        # One reverse pass through both gradient graphs with cotangents (−g_b, g_a):
+        # Hᵀ is H, so the pullback is H_a(−g_b) + H_b g_a. No stop-gradient is needed,
+        # which keeps the bracket differentiable under outer transforms.
+        (grad_a, grad_b), pullback, (value_a, value_b) = vjp(both_gradients, params, has_aux=True)
         check_finite_value("lie_bracket", value_a, "loss_a")
         check_finite_value("lie_bracket", value_b, "loss_b")
+        cotangent_a = {k: -v for k, v in grad_b.items()}
+        (bracket,) = pullback((cotangent_a, grad_a))
     else:
         hvp_mode = "forward" if mode == "forward" else "reverse"
         grad_a, _ = _grad_and_value("lie_bracket", loss_a, params, "loss_a")
@@ -431,12 +435,14 @@ def flat_dense_hessian(loss: Callable, params: Mapping[str, Tensor]) -> Tensor:
     """The dense P×P Hessian of ``loss`` at ``params`` in ravel order (small models only).
 
     An oracle for tests and a reference for benchmarks: memory is quadratic in
-    the number of parameters.
+    the number of parameters. Built by vectorized double backward
+    (``torch.autograd.functional.hessian``); nested ``torch.func.jacrev`` gives
+    wrong values for BatchNorm in training mode in current torch releases.
     """
     params = check_params("flat_dense_hessian", params)
-    flat = tree_ravel(params)
+    check_callable("flat_dense_hessian", loss, "loss")
 
     def flat_loss(x):
         return check_scalar_output("flat_dense_hessian", loss(tree_unravel(x, params)))
 
-    return torch.func.hessian(flat_loss)(flat)
+    return torch.autograd.functional.hessian(flat_loss, tree_ravel(params), vectorize=True)

@@ -18,6 +18,9 @@ A bound loss evaluated twice at the same parameters returns the same value:
 
 In neither mode does a call update buffers: running statistics are read, never
 written, by a bound loss or any derivative of it.
+
+Attention runs on PyTorch's math kernel for scaled dot-product attention, the
+one whose second derivatives exist (the fused CPU kernels have none).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bea._checks import check_finite_value, check_scalar_output
 
@@ -125,6 +129,7 @@ class BoundLoss:
         self._check(params)
         tensors = {**self._constants, **params}
         with (
+            sdpa_kernel([SDPBackend.MATH]),
             _module_mode(self.model, self.mode),
             _dropout_rng(self.mode, self.dropout_seed, self._rng_devices),
         ):

@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.func import grad_and_value
+from torch.func import grad_and_value, vjp
 
 from bea._checks import (
     check_callable,
@@ -238,31 +238,27 @@ def multitask_terms(
 
 
 def _first_order_term(call: str, losses: Sequence[Callable], params: Tree) -> tuple[Tree, Tree]:
-    """``(f0, f1)`` of n consecutive GD steps, with ``f1`` in one fused reverse pass.
+    """``(f0, f1)`` of n consecutive GD steps, with ``f1`` from one fused reverse pass.
 
     Collecting the coefficient of each ``H_k`` in ``f1`` gives
-    ``f1 = ½ Σ_k H_k v_k`` with ``v_k = −g_k + Σ_{i<k} g_i − Σ_{j>k} g_j``, and
-    ``Σ_k H_k v_k = ∇_θ Σ_k ⟨∇L_k(θ), sg(v_k)⟩`` (``sg``: stop-gradient).
+    ``f1 = ½ Σ_k H_k v_k`` with ``v_k = −g_k + Σ_{i<k} g_i − Σ_{j>k} g_j``; the sum
+    ``Σ_k H_k v_k`` is one pullback through all n gradient graphs with cotangents
+    ``v_k``, so the cost is n gradients plus one backward pass.
     """
     scalars = [_scalar_loss(call, loss, f"losses[{i}]") for i, loss in enumerate(losses)]
 
-    def pairing(p):
-        grads = [torch.func.grad(loss)(p) for loss in scalars]
-        fixed = [{k: v.detach() for k, v in g.items()} for g in grads]
-        total = {k: torch.zeros_like(v) for k, v in p.items()}
-        prefix = [dict(total)]
-        for g in fixed:
-            prefix.append({k: prefix[-1][k] + g[k] for k in p})
-        grand = prefix[-1]
-        pairing_value = 0
-        for index, g in enumerate(grads):
-            before, through = prefix[index], prefix[index + 1]
-            direction = {k: -fixed[index][k] + before[k] - (grand[k] - through[k]) for k in p}
-            pairing_value = pairing_value + tree_dot(g, direction)
-        return pairing_value, grand
+    def all_gradients(p):
+        return tuple(torch.func.grad(loss)(p) for loss in scalars)
 
-    second, grand = torch.func.grad(pairing, has_aux=True)(params)
-    f0 = {k: -v for k, v in grand.items()}
+    grads, pullback = vjp(all_gradients, params)
+    total = {k: sum(g[k] for g in grads) for k in params}
+    directions, before = [], {k: torch.zeros_like(v) for k, v in params.items()}
+    for g in grads:
+        # −g_k + (sum before k) − (sum after k), with sum after = total − before − g_k.
+        directions.append({k: before[k] - (total[k] - before[k] - g[k]) - g[k] for k in params})
+        before = {k: before[k] + g[k] for k in params}
+    (second,) = pullback(tuple(directions))
+    f0 = {k: -v for k, v in total.items()}
     f1 = {k: 0.5 * v for k, v in second.items()}
     return f0, f1
 
