@@ -46,6 +46,7 @@ from bea.derivatives import (
     lie_bracket,
     select_names,
 )
+from bea.expansion import gd_steps, modified_field_terms
 
 
 def igr(loss: Callable, params: Mapping[str, Tensor], lr: float) -> Tensor:
@@ -263,23 +264,6 @@ def _first_order_term(call: str, losses: Sequence[Callable], params: Tree) -> tu
     return f0, f1
 
 
-def gd_steps(losses: Sequence[Callable]) -> Callable[[Tree, Tensor], Tree]:
-    """The step map of consecutive gradient steps ``θ ← θ − h ∇L_k(θ)``, k = 1..n.
-
-    Returns ``step(params, h) -> params``, the input of :mod:`bea.expansion`.
-    """
-    losses = check_losses("gd_steps", losses)
-    scalars = [_scalar_loss("gd_steps", loss, f"losses[{i}]") for i, loss in enumerate(losses)]
-
-    def step(params: Tree, h) -> Tree:
-        for loss in scalars:
-            gradient = torch.func.grad(loss)(params)
-            params = {k: params[k] - h * gradient[k] for k in params}
-        return params
-
-    return step
-
-
 def sequential_modified_terms(
     losses: Sequence[Callable], params: Mapping[str, Tensor], order: int = 1
 ) -> list[Tree]:
@@ -306,8 +290,6 @@ def sequential_modified_terms(
     elif order == 1:
         terms = list(_first_order_term(call, losses, params))
     else:
-        from bea.expansion import modified_field_terms
-
         terms = modified_field_terms(gd_steps(losses), params, order)
     for index, term in enumerate(terms):
         check_finite_tree(call, term, f"f{index}")
