@@ -39,6 +39,13 @@ from bea.derivatives import (
     value_and_grad,
     vector_field_bracket,
 )
+from bea.expansion import (
+    heavy_ball_step,
+    modified_field,
+    modified_field_terms,
+    preconditioned_step,
+    terms_function,
+)
 from bea.functional import BoundLoss, bind, params_of
 from bea.modified import (
     MultitaskTerms,
@@ -50,6 +57,8 @@ from bea.modified import (
     sequential_modified_field,
     sequential_modified_terms,
 )
+from bea.ode import flow, scipy_flow
+from bea.verify import check_drift
 
 __version__ = "0.1.0"
 
@@ -58,24 +67,32 @@ __all__ = [
     "BracketResult",
     "MultitaskTerms",
     "bind",
+    "check_drift",
     "flat_dense_hessian",
+    "flow",
     "gd_steps",
     "grad",
     "gram",
     "gram_by_layer",
+    "heavy_ball_step",
     "hvp",
     "igr",
     "layer_groups",
     "lie_bracket",
+    "modified_field",
+    "modified_field_terms",
     "modified_loss",
     "multitask_terms",
     "order_effect",
     "params_of",
     "per_layer_inner",
     "per_layer_norm",
+    "preconditioned_step",
+    "scipy_flow",
     "select_names",
     "sequential_modified_field",
     "sequential_modified_terms",
+    "terms_function",
     "tree_add",
     "tree_axpy",
     "tree_dot",
