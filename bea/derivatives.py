@@ -224,6 +224,20 @@ def _grads(call: str, losses: Sequence[Callable], params: Tree) -> list[Tree]:
     ]
 
 
+def gram_blocks(grads: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """One K×K block per parameter, ``B[n]_ij = ⟨g_i[n], g_j[n]⟩``.
+
+    The Gram matrix over any set of parameters is the sum of their blocks, so a
+    monitor that needs it on several groups (shared, all, each layer) pays for the
+    products once.
+    """
+    blocks = {}
+    for name in grads[0]:
+        rows = torch.stack([g[name].reshape(-1) for g in grads])
+        blocks[name] = rows @ rows.T
+    return blocks
+
+
 def gram_from_grads(
     grads: Sequence[Mapping[str, Tensor]], names: Iterable[str] | None = None
 ) -> Tensor:
@@ -281,9 +295,9 @@ def gram_by_layer(
     """One K×K Gram matrix per layer group; they sum to :func:`gram` over all params."""
     params = check_params("gram_by_layer", params)
     losses = check_losses("gram_by_layer", losses)
-    grads = _grads("gram_by_layer", losses, params)
+    blocks = gram_blocks(_grads("gram_by_layer", losses, params))
     groups = layer_groups(params) if groups is None else groups
-    return {group: gram_from_grads(grads, names) for group, names in groups.items()}
+    return {group: sum(blocks[n] for n in names) for group, names in groups.items()}
 
 
 class BracketResult(NamedTuple):

@@ -171,7 +171,9 @@ def measure(name: str, factory, config, steps: int) -> dict:
 
 
 def run(config) -> dict:
-    steps = 20 if config.toy else 40 if config.quick else 100
+    # A run of the length of one task in the stability-gap protocol (500 iterations per
+    # task): the bracket monitor measures around each switch, a cost paid once per task.
+    steps = 20 if config.toy else 300 if config.quick else 1000
     cases = []
     for name, factory in (("multitask", _multitask_runs), ("bracket", _bracket_runs)):
         config.log(f"monitors: {name}")

@@ -247,13 +247,17 @@ class BracketMonitor:
 
     Args:
         lr: the SGD step size ``h`` used for the predictions.
-        every: steps between regular measurements (>= 1).
+        every: steps between regular measurements (>= 1). A measurement costs about ten
+            gradients; the default, 500, with ``around=3`` keeps the monitor under 10%
+            of training time when tasks last 500 steps or more
+            (``benchmarks/bench_monitors.py``). Lower it for denser within-task
+            statistics, at that price.
         around: steps measured after a detected switch and before a known one.
         switch_steps: steps at which a new task starts, if known in advance.
         logger: object with ``log(step, values)``; records are prefixed by ``prefix``.
         count_switches: ``(params_before, params_after) -> int`` units that changed
             activation pattern over the step (for ReLU-like models).
-        order_effect: also measure the order effect (4 more gradients).
+        order_effect: also measure the order effect (4 more gradients; off by default).
         validity_ratio: threshold of the validity flags.
         keep_records: keep every record in ``self.records`` (a list of dicts).
     """
@@ -262,13 +266,13 @@ class BracketMonitor:
         self,
         lr: float,
         *,
-        every: int = 10,
+        every: int = 500,
         around: int = 3,
         switch_steps: Sequence[int] = (),
         logger=None,
         prefix: str = "bracket/",
         count_switches: Callable | None = None,
-        order_effect: bool = True,
+        order_effect: bool = False,
         validity_ratio: float = 0.5,
         keep_records: bool = True,
     ):

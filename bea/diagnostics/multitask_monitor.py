@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from bea.derivatives import gram_from_grads, layer_groups, select_names, value_and_grad
+from bea.derivatives import gram_blocks, layer_groups, select_names, value_and_grad
 
 
 def accuracy(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -73,7 +73,9 @@ class MultitaskMonitor:
         shared: the shared parameters: names, module prefixes or a predicate
             (see :func:`bea.select_names`); default all parameters.
         logger: an object with ``log(step, dict)``; None keeps only ``last``.
-        every: observe only when ``step % every == 0``.
+        every: observe only when ``step % every == 0``. The default, 100, keeps the
+            monitor under 10% of training time (``benchmarks/bench_monitors.py``): an
+            observation costs K gradients, about four SGD steps of a two-task model.
         per_layer: log the per-layer breakdown.
         bins: histogram bins of the cosine over ``[-1, 1]``.
         criteria: per-task losses ``(output, target_column) -> scalar`` for
@@ -95,7 +97,7 @@ class MultitaskMonitor:
         weights: Sequence[float] | Tensor | None = None,
         shared: Any = None,
         logger: Any = None,
-        every: int = 10,
+        every: int = 100,
         per_layer: bool = True,
         bins: int = 20,
         criteria: Sequence[Callable] | None = None,
@@ -232,8 +234,7 @@ class MultitaskMonitor:
         params = {n: p.detach() for n, p in self.model.named_parameters()}
         values_and_grads = [value_and_grad(loss, params) for loss in losses]
         values = torch.stack([v for v, _ in values_and_grads]).detach().to(torch.float64)
-        grads = [{n: t.to(torch.float64) for n, t in g.items()} for _, g in values_and_grads]
-        record = self.measure(values, grads, h)
+        record = self.measure(values, [g for _, g in values_and_grads], h)
         if self.metrics is not None and inputs is not None and targets is not None:
             was_training = self.model.training
             self.model.eval()
@@ -253,8 +254,10 @@ class MultitaskMonitor:
     def measure(self, values: Tensor, grads: Sequence[Mapping[str, Tensor]], lr: float) -> dict:
         """The record (without prefix) from task loss values and full gradients."""
         names, alpha = self.task_names, self.alpha
-        shared_gram = gram_from_grads(grads, self.shared_names)
-        full_gram = gram_from_grads(grads, list(grads[0]))
+        # Products once per parameter, in the gradients' dtype; only K×K sums in float64.
+        blocks = {n: b.to(torch.float64) for n, b in gram_blocks(grads).items()}
+        shared_gram = sum(blocks[n] for n in self.shared_names)
+        full_gram = sum(blocks.values())
         outer = torch.outer(alpha, alpha)
         igr = (lr / 4) * alpha**2 * torch.diagonal(full_gram)
         conflict = (lr / 2) * outer * shared_gram
@@ -288,7 +291,7 @@ class MultitaskMonitor:
         record["gram"] = shared_gram.tolist()
         if self.per_layer:
             for group, group_names in self.groups.items():
-                gram = gram_from_grads(grads, group_names)
+                gram = sum(blocks[n] for n in group_names)
                 layer_norms = torch.sqrt(torch.clamp(torch.diagonal(gram), min=0))
                 layer_total, cosines = 0.0, []
                 for i, j in self.pairs:
