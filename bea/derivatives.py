@@ -396,7 +396,7 @@ def _field(call: str, field: Callable, params: Tree, what: str) -> Callable:
 
 
 def _jacobian_vector(
-    call: str, field: Callable, params: Tree, v: Tree, mode: str
+    call: str, field: Callable, params: Tree, v: Tree, mode: str, key: Callable | None = None
 ) -> tuple[Tree, Tree]:
     """``(F(θ), ∇F(θ)·v)``; reverse mode uses the double-vjp trick."""
 
@@ -410,7 +410,7 @@ def _jacobian_vector(
         _, pullback_of_pullback = vjp(lambda u: pullback(u)[0], cotangent)
         return value, pullback_of_pullback(v)[0]
 
-    return _with_forward_fallback(call, field, mode, forward, reverse)
+    return _with_forward_fallback(call, key or field, mode, forward, reverse)
 
 
 def vector_field_bracket(
@@ -438,8 +438,9 @@ def vector_field_bracket(
     field_g = _field("vector_field_bracket", G, params, "G")
     value_f = field_f(params)
     value_g = field_g(params)
-    _, dg_f = _jacobian_vector("vector_field_bracket", field_g, params, value_f, mode)
-    _, df_g = _jacobian_vector("vector_field_bracket", field_f, params, value_g, mode)
+    # The fallback cache is keyed on the user's fields, not on the per-call wrappers.
+    _, dg_f = _jacobian_vector("vector_field_bracket", field_g, params, value_f, mode, key=G)
+    _, df_g = _jacobian_vector("vector_field_bracket", field_f, params, value_g, mode, key=F)
     bracket = {k: dg_f[k] - df_g[k] for k in params}
     check_finite_tree("vector_field_bracket", bracket, "bracket")
     return bracket

@@ -325,6 +325,11 @@ def check_identity_at_zero(call: str, step: StepMap, state: Tree, rtol: float = 
             raise ValueError(
                 f"{call}: step(state, h)[{key!r}] must be a tensor of shape {tuple(value.shape)}"
             )
+        if not bool(torch.isfinite(moved).all()):
+            raise ValueError(
+                f"{call}: step(state, 0)[{key!r}] is not finite: the step map (or a loss "
+                "inside it) gives NaN or inf at this state"
+            )
         gap = (moved - value).abs().max().item() if value.numel() else 0.0
         scale = max(value.abs().max().item() if value.numel() else 0.0, 1.0)
         if not gap <= rtol * scale:

@@ -24,6 +24,7 @@ train on a modified loss, or on a term with the opposite sign to cancel it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
@@ -34,6 +35,7 @@ from torch.func import grad_and_value, vjp
 from bea._checks import (
     check_callable,
     check_finite_tree,
+    check_finite_value,
     check_losses,
     check_lr,
     check_params,
@@ -91,12 +93,16 @@ def modified_loss(
     lr = check_lr("modified_loss", lr)
     if not isinstance(strength, (int, float)) or isinstance(strength, bool):
         raise TypeError(f"modified_loss: strength must be a number, got {type(strength).__name__}")
+    if not math.isfinite(strength):
+        raise ValueError(f"modified_loss: strength must be finite, got {strength}")
     scalar = _scalar_loss("modified_loss", loss)
 
     def modified(params: Mapping[str, Tensor]) -> Tensor:
         params = check_params("modified_loss", params)
         gradient, value = grad_and_value(scalar)(params)
-        return value + strength * (lr / 4) * tree_dot(gradient, gradient)
+        total = value + strength * (lr / 4) * tree_dot(gradient, gradient)
+        check_finite_value("modified_loss", total, "modified loss")
+        return total
 
     return modified
 
@@ -205,11 +211,31 @@ def multitask_terms(
         unshared_gram = gram_from_grads(grads, unshared_names)
     else:
         unshared_gram = torch.zeros_like(shared_gram)
+    return multitask_terms_from_grams(
+        loss_values, shared_gram, unshared_gram, lr, alpha, tuple(shared_names)
+    )
+
+
+def multitask_terms_from_grams(
+    loss_values: Tensor,
+    shared_gram: Tensor,
+    unshared_gram: Tensor,
+    lr: float,
+    alpha: Tensor,
+    shared_names: tuple[str, ...],
+) -> MultitaskTerms:
+    """:class:`MultitaskTerms` from the task losses and the two Gram matrices of their gradients.
+
+    ``shared_gram`` is ``⟨∇_θ L_i, ∇_θ L_j⟩`` on the shared parameters and
+    ``unshared_gram`` the same on all the others, so that their sum is the Gram
+    matrix over all parameters. For monitors that already hold gradients (see
+    :func:`multitask_terms` for the formulas).
+    """
     full_diagonal = torch.diagonal(shared_gram) + torch.diagonal(unshared_gram)
     outer = torch.outer(alpha, alpha)
-
     igr_terms = (lr / 4) * alpha**2 * full_diagonal
-    off_diagonal = 1 - torch.eye(len(losses), dtype=shared_gram.dtype, device=shared_gram.device)
+    count = loss_values.shape[0]
+    off_diagonal = 1 - torch.eye(count, dtype=shared_gram.dtype, device=shared_gram.device)
     conflict = (lr / 2) * outer * shared_gram * off_diagonal
     conflict_total = _upper_sum(conflict)
     unshared_cross_total = _upper_sum((lr / 2) * outer * unshared_gram)
@@ -234,7 +260,7 @@ def multitask_terms(
         grad_norms=norms,
         unshared_cross_total=unshared_cross_total,
         modified_loss=total,
-        shared_names=tuple(shared_names),
+        shared_names=shared_names,
     )
 
 
@@ -344,6 +370,7 @@ __all__ = [
     "igr",
     "modified_loss",
     "multitask_terms",
+    "multitask_terms_from_grams",
     "order_effect",
     "sequential_modified_field",
     "sequential_modified_terms",

@@ -116,7 +116,7 @@ def _bracket_runs(config, steps: int):
 
 
 def bea_memory_logger():
-    from bea.diagnostics.logging import MemoryLogger
+    from bea.loggers import MemoryLogger
 
     return MemoryLogger()
 

@@ -13,7 +13,7 @@ import torch
 import bea
 from bea.diagnostics import continual_metrics as cm
 from bea.diagnostics.bracket_monitor import BracketMonitor
-from bea.diagnostics.logging import MemoryLogger
+from bea.loggers import MemoryLogger
 from bea.experiments.data import split_digits, subsample
 
 torch.manual_seed(0)

@@ -12,7 +12,7 @@ running fraction of steps with a negative cosine.
 import torch
 from torch import nn
 
-from bea.diagnostics.logging import JsonlLogger
+from bea.loggers import JsonlLogger
 from bea.diagnostics.multitask_monitor import MultitaskMonitor, accuracy
 from bea.experiments.data import batches, multi_digits
 from bea.experiments.models import multitask_mlp

@@ -8,7 +8,7 @@ import torch
 
 from bea._tree import tree_ravel, tree_unravel
 from bea.diagnostics.bracket_monitor import BracketMonitor, bracket_step_diagnostics
-from bea.diagnostics.logging import MemoryLogger
+from bea.loggers import MemoryLogger
 
 DTYPE = torch.float64
 
@@ -261,3 +261,21 @@ def test_float32_in_gives_finite_float_records():
     assert all(
         math.isfinite(rec[k]) for k in ("bracket_norm", "delta_measured", "order_effect_error")
     )
+
+
+def test_non_finite_loss_change_is_flagged_not_valid():
+    """A step into a region where the old loss is NaN must not be reported as valid."""
+    from bea.diagnostics.bracket_monitor import bracket_step_diagnostics
+
+    params = {"x": torch.tensor([0.5, 1.0], dtype=torch.float64)}
+
+    def old(p):
+        return torch.sqrt(p["x"]).sum()
+
+    def new(p):
+        return (3.0 * p["x"]).sum()  # the step x - h*3 goes negative at h = 1
+
+    record = bracket_step_diagnostics(old, new, params, 1.0, order_effect=False)
+    assert math.isnan(record["delta_measured"])
+    assert "non_finite" in record["flags"].split(",")
+    assert record["valid"] is False

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from bea.commands.run import resume_run, start_run
 from bea.experiments.config import ConfigError, config_from_dict, load_preset
 from bea.experiments.continual import ContinualConfig, check_task_sequence
 from bea.experiments.data import ContinualData, TaskData
+from bea.experiments.runner import resume_run, start_run
 
 TINY = {
     "name": "tiny",

@@ -32,14 +32,25 @@ def test_hvp_matches_dense_hessian(bound, mode):
     assert_close(tree_ravel(product), dense, what=f"hvp[{mode}]")
 
 
+# Messages of this torch's known gaps in forward-over-reverse (mse_loss, huber_loss, fused
+# attention); any other failure of forward mode is a bug and must not be skipped.
+_KNOWN_FORWARD_GAPS = ("ZeroTensors are immutable", "Trying to use forward AD with")
+
+
+def _skip_if_known_forward_gap(error: Exception) -> None:
+    if any(text in str(error) for text in _KNOWN_FORWARD_GAPS):
+        pytest.skip(f"no forward-over-reverse in this torch: {str(error)[:80]}")
+    raise error
+
+
 def test_hvp_forward_mode_where_supported(small_bound):
     """Forward-over-reverse agrees with the dense Hessian where torch supports it."""
     torch.manual_seed(2)
     v = {k: torch.randn_like(t) for k, t in small_bound.params.items()}
     try:
         product = bea.hvp(small_bound.loss_a, small_bound.params, v, mode="forward")
-    except (RuntimeError, NotImplementedError):
-        pytest.skip("this torch has no forward-over-reverse for an operation of this model")
+    except (RuntimeError, NotImplementedError) as error:
+        _skip_if_known_forward_gap(error)
     dense = small_bound.dense_hessian(small_bound.loss_a) @ tree_ravel(v)
     assert_close(tree_ravel(product), dense, what="hvp[forward]")
 
@@ -51,9 +62,9 @@ def test_lie_bracket_matches_dense(bound, mode):
     expected = hb @ ga - ha @ gb
     try:
         bracket = bea.lie_bracket(bound.loss_a, bound.loss_b, bound.params, mode=mode)
-    except (RuntimeError, NotImplementedError):
+    except (RuntimeError, NotImplementedError) as error:
         if mode == "forward":
-            pytest.skip("no forward-over-reverse for an operation of this model in this torch")
+            _skip_if_known_forward_gap(error)
         raise
     assert_close(tree_ravel(bracket), expected, rtol=1e-10, atol=1e-14, what=f"bracket[{mode}]")
 

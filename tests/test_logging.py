@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from bea.diagnostics.logging import (
+from bea.loggers import (
     CsvLogger,
     JsonlLogger,
     Logger,

@@ -9,11 +9,11 @@ import torch
 
 from bea.cli import main
 from bea.commands.compare import compare_rows
-from bea.commands.run import resume_run, start_run
 from bea.experiments import multitask
 from bea.experiments.config import config_from_dict
 from bea.experiments.multitask import MultitaskConfig
 from bea.experiments.rundir import TrainingDiverged, open_run_dir
+from bea.experiments.runner import resume_run, start_run
 
 
 def tiny(**sections):

@@ -13,19 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists become JSON text."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, name + "."))
-        elif isinstance(value, list):
-            flat[name] = json.dumps(value)
-        else:
-            flat[name] = value
-    return flat
+from bea.report.html import flatten
 
 
 def compare_rows(run_dirs: list[Any]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -52,8 +40,8 @@ def compare_rows(run_dirs: list[Any]) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 def build_compare_page(run_dirs: list[Any]) -> str:
-    from bea.commands.run import EXPERIMENTS, load_experiment
     from bea.experiments.rundir import series
+    from bea.experiments.runner import EXPERIMENTS, load_experiment
     from bea.report.html import Page, line_plot
 
     rows, differing = compare_rows(run_dirs)

@@ -1,7 +1,7 @@
 """``bea report RUN_DIR``: (re)build a run's self-contained ``report.html``.
 
 The run's kind (from its ``config.toml``) selects the experiment module whose
-``build_report(run_dir)`` makes the page (see :mod:`bea.commands.run`). Works on
+``build_report(run_dir)`` makes the page (see :mod:`bea.experiments.runner`). Works on
 unfinished runs too, from whatever metrics and checkpoints they have.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 
 def _main(args: argparse.Namespace) -> int:
-    from bea.commands.run import write_report
     from bea.experiments.rundir import open_run_dir
+    from bea.experiments.runner import write_report
 
     run_dir = open_run_dir(args.run_dir)
     path = write_report(run_dir)

@@ -197,6 +197,10 @@ def bracket_step_diagnostics(
         record["units_switched"] = switched
         if switched > 0:
             flags.append("units_switched")
+    numbers = [v for v in record.values() if isinstance(v, float)]
+    if not all(math.isfinite(v) for v in numbers):
+        # A NaN compares false with every threshold above: say so instead of passing it.
+        flags.append("non_finite")
     record["flags"] = ",".join(flags)
     record["valid"] = not flags
     return record
@@ -232,7 +236,8 @@ class BracketMonitor:
     Call :meth:`observe` once per step, *before* the parameter update, with the
     loss of the batch about to be used and its task. A measurement pairs this batch
     with the previous step's batch. It runs every ``every`` steps, at every detected
-    task switch and for ``around`` steps after it, and for ``around`` steps before
+    task switch and the ``around − 1`` steps after it (``around`` steps in all), and
+    for ``around`` steps before
     each step listed in ``switch_steps`` (a known schedule). Pairs from two different
     tasks go to the ``cross`` statistics, pairs from one task to ``within``.
 

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from bea.derivatives import gram_blocks, layer_groups, select_names, value_and_grad
+from bea.modified import multitask_terms_from_grams
 
 
 def accuracy(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -56,10 +57,6 @@ def accuracy(outputs: Tensor, targets: Tensor) -> Tensor:
 def squared_error(outputs: Tensor, targets: Tensor) -> Tensor:
     """Mean squared error of a one-output regression head."""
     return ((outputs.reshape(targets.shape) - targets) ** 2).to(torch.float64).mean()
-
-
-def _mse(outputs: Tensor, targets: Tensor) -> Tensor:
-    return ((outputs.reshape(targets.shape) - targets) ** 2).mean()
 
 
 class MultitaskMonitor:
@@ -254,38 +251,40 @@ class MultitaskMonitor:
     def measure(self, values: Tensor, grads: Sequence[Mapping[str, Tensor]], lr: float) -> dict:
         """The record (without prefix) from task loss values and full gradients."""
         names, alpha = self.task_names, self.alpha
-        # Products once per parameter, in the gradients' dtype; only K×K sums in float64.
+        # Products once per parameter, summed per group in float64; the terms come from
+        # the same formulas as bea.multitask_terms.
         blocks = {n: b.to(torch.float64) for n, b in gram_blocks(grads).items()}
+        shared = set(self.shared_names)
         shared_gram = sum(blocks[n] for n in self.shared_names)
-        full_gram = sum(blocks.values())
+        unshared = [blocks[n] for n in blocks if n not in shared]
+        unshared_gram = sum(unshared) if unshared else torch.zeros_like(shared_gram)
+        terms = multitask_terms_from_grams(
+            values, shared_gram, unshared_gram, lr, alpha, tuple(self.shared_names)
+        )
         outer = torch.outer(alpha, alpha)
-        igr = (lr / 4) * alpha**2 * torch.diagonal(full_gram)
-        conflict = (lr / 2) * outer * shared_gram
-        norms = torch.sqrt(torch.clamp(torch.diagonal(shared_gram), min=0))
+        norms = terms.grad_norms
         record: dict[str, Any] = {"lr": lr}
         for k, name in enumerate(names):
             record[f"loss/{name}"] = float(values[k])
-            record[f"igr/{name}"] = float(igr[k])
+            record[f"igr/{name}"] = float(terms.igr[k])
             record[f"grad_norm/{name}"] = float(norms[k])
-        record["weighted_loss"] = float((alpha * values).sum())
-        record["igr_total"] = float(igr.sum())
-        total = 0.0
+        record["weighted_loss"] = float(terms.weighted_loss)
+        record["igr_total"] = float(terms.igr_total)
         self.observations += 1
         for index, (i, j) in enumerate(self.pairs):
             pair = f"{names[i]}-{names[j]}"
-            denominator = float(norms[i] * norms[j])
-            cosine = float(shared_gram[i, j]) / denominator if denominator > 0 else 0.0
-            record[f"conflict/{pair}"] = float(conflict[i, j])
+            cosine = float(terms.cosine[i, j])
+            record[f"conflict/{pair}"] = float(terms.conflict[i, j])
             record[f"cosine/{pair}"] = cosine
-            total += float(conflict[i, j])
             self.negative[index] += int(cosine < 0)
             self.cosine_sum[index] += cosine
             self.histograms[index][self._bin(cosine)] += 1
             record[f"frac_negative_cosine/{pair}"] = self.negative[index] / self.observations
             record[f"mean_cosine/{pair}"] = self.cosine_sum[index] / self.observations
             record[f"cosine_hist/{pair}"] = list(self.histograms[index])
-        record["conflict_total"] = total
-        record["modified_loss"] = record["weighted_loss"] + record["igr_total"] + total
+        record["conflict_total"] = float(terms.conflict_total)
+        record["unshared_cross_total"] = float(terms.unshared_cross_total)
+        record["modified_loss"] = float(terms.modified_loss)
         smallest = float(norms.min())
         record["grad_norm_ratio"] = float(norms.max()) / smallest if smallest > 0 else math.inf
         record["gram"] = shared_gram.tolist()

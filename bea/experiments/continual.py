@@ -1,7 +1,7 @@
 """The continual experiment: a task sequence, one or more strategies, per-iteration
 evaluation, Lie-bracket diagnostics, a report.
 
-``bea run continual --preset quick`` runs it (protocol in :mod:`bea.commands.run`). For
+``bea run continual --preset quick`` runs it (protocol in :mod:`bea.experiments.runner`). For
 each strategy in ``train.strategies`` (a *phase*, all phases from the same initial
 model and the same seed) the runner
 

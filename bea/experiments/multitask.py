@@ -1,7 +1,7 @@
 """The multitask experiment: train a shared-trunk network with one method, log the
 conflict term along the way, evaluate on the test set, report.
 
-``bea run multitask --preset quick`` runs it (see :mod:`bea.commands.run` for the
+``bea run multitask --preset quick`` runs it (see :mod:`bea.experiments.runner` for the
 protocol). What one run does:
 
 1. builds the data set (``data.dataset``: ``multi_digits``, ``multi_mnist_5k``,
@@ -419,7 +419,7 @@ class BatchStream:
 
 
 def run(config: MultitaskConfig, ctx: Any) -> dict[str, Any]:
-    """Train and evaluate one multitask run (the runner protocol of :mod:`bea.commands.run`)."""
+    """Train and evaluate one multitask run (the runner protocol of :mod:`bea.experiments.runner`)."""
     from bea.diagnostics.multitask_monitor import MultitaskMonitor
 
     data = build_data(config)

@@ -49,8 +49,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bea.diagnostics.logging import JsonlLogger, MultiLogger, TensorBoardLogger
 from bea.experiments.progress import Progress
+from bea.loggers import JsonlLogger, MultiLogger, TensorBoardLogger
 
 CONFIG_FILE = "config.toml"
 STATUS_FILE = "status.json"

@@ -152,8 +152,8 @@ def sub_runs(config: MultitaskStudyConfig) -> list[tuple[str, dict[str, Any], di
 
 def run(config: MultitaskStudyConfig, ctx: Any) -> dict[str, Any]:
     """Run (or continue) every sub-run, then tabulate (runner protocol)."""
-    from bea.commands.run import resume_run, start_run
     from bea.experiments.rundir import RunDir
+    from bea.experiments.runner import resume_run, start_run
 
     plan = sub_runs(config)
     ctx.start_progress(len(plan), f"{config.kind} {config.name}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -242,3 +243,17 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
     for row in rows:
         lines.append("| " + " | ".join(format_number(row.get(c, "")) for c in columns) + " |")
     return "\n".join(lines)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists become JSON text (for config tables)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        elif isinstance(value, list):
+            flat[name] = json.dumps(value)
+        else:
+            flat[name] = value
+    return flat

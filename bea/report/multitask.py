@@ -30,7 +30,7 @@ def _curves(records, keys, strip: str = "") -> dict[str, tuple[np.ndarray, np.nd
 
 def multitask_report(run_dir: Any) -> str:
     """Build the page from ``config.toml``, ``status.json``, ``metrics.jsonl``, ``summary.json``."""
-    from bea.commands.compare import flatten
+    from bea.report.html import flatten
 
     config = run_dir.read_config_dict()
     status = run_dir.read_status()
