@@ -301,11 +301,17 @@ def gram_by_layer(
 
 
 class BracketResult(NamedTuple):
-    """A Lie bracket together with the two gradients it was made of."""
+    """A Lie bracket with the two gradients it was made of.
+
+    ``products`` is ``(H_b g_a, H_a g_b)`` in the modes that form them apart
+    (``"forward"``, ``"reverse"``) and ``None`` in ``"fused"``, which forms only
+    their difference.
+    """
 
     bracket: Tree
     grad_a: Tree
     grad_b: Tree
+    products: tuple[Tree, Tree] | None = None
 
 
 def lie_bracket(
@@ -332,7 +338,8 @@ def lie_bracket(
         ``"reverse"``: two reverse-over-reverse products.
 
     Args:
-        return_grads: also return ``g_a`` and ``g_b`` (as a :class:`BracketResult`).
+        return_grads: also return ``g_a`` and ``g_b`` (as a :class:`BracketResult`,
+            with the two products ``H_b g_a`` and ``H_a g_b`` in the non-fused modes).
 
     Example:
         >>> A1, A2 = torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([[0.0, 1.0], [1.0, 0.0]])
@@ -367,17 +374,19 @@ def lie_bracket(
         check_finite_value("lie_bracket", value_b, "loss_b")
         cotangent_a = {k: -v for k, v in grad_b.items()}
         (bracket,) = pullback((cotangent_a, grad_a))
+        products = None
     else:
         hvp_mode = "forward" if mode == "forward" else "reverse"
         grad_a, _ = _grad_and_value("lie_bracket", loss_a, params, "loss_a")
         grad_b, hb_ga = _grad_and_hvp("lie_bracket", loss_b, params, grad_a, hvp_mode)
         _, ha_gb = _grad_and_hvp("lie_bracket", loss_a, params, grad_b, hvp_mode)
         bracket = {k: hb_ga[k] - ha_gb[k] for k in params}
+        products = (hb_ga, ha_gb)
     check_finite_tree("lie_bracket", grad_a, "gradient of loss_a")
     check_finite_tree("lie_bracket", grad_b, "gradient of loss_b")
     check_finite_tree("lie_bracket", bracket, "bracket")
     if return_grads:
-        return BracketResult(bracket, grad_a, grad_b)
+        return BracketResult(bracket, grad_a, grad_b, products)
     return bracket
 
 

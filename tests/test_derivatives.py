@@ -75,6 +75,13 @@ def test_lie_bracket_returns_its_gradients(small_bound):
     )
     assert_close(tree_ravel(result.grad_a), small_bound.dense_grad(small_bound.loss_a), what="g_a")
     assert_close(tree_ravel(result.grad_b), small_bound.dense_grad(small_bound.loss_b), what="g_b")
+    assert result.products is None  # the fused pass forms only the difference
+    b = small_bound
+    separate = bea.lie_bracket(b.loss_a, b.loss_b, b.params, mode="reverse", return_grads=True)
+    hb_ga = b.dense_hessian(b.loss_b) @ b.dense_grad(b.loss_a)
+    ha_gb = b.dense_hessian(b.loss_a) @ b.dense_grad(b.loss_b)
+    assert_close(tree_ravel(separate.products[0]), hb_ga, atol=1e-14, what="H_b g_a")
+    assert_close(tree_ravel(separate.products[1]), ha_gb, atol=1e-14, what="H_a g_b")
 
 
 def test_vector_field_bracket_of_gradients_is_lie_bracket(small_bound):

@@ -66,9 +66,11 @@ def _value(loss: Callable, params: Mapping[str, Tensor]) -> float:
         return float(loss(params))
 
 
-def _bracket_stats(loss_a: Callable, loss_b: Callable, params, prefix: str) -> tuple[dict, Any]:
+def _bracket_stats(
+    loss_a: Callable, loss_b: Callable, params, prefix: str, mode: str = "fused"
+) -> tuple[dict, Any]:
     """Norm, relative size and push ``⟨g_a, [g_a, g_b]⟩`` of the bracket at ``params``."""
-    result = lie_bracket(loss_a, loss_b, params, return_grads=True)
+    result = lie_bracket(loss_a, loss_b, params, mode=mode, return_grads=True)
     norm_a = float(tree_norm(result.grad_a))
     norm_b = float(tree_norm(result.grad_b))
     norm = float(tree_norm(result.bracket))
@@ -137,7 +139,13 @@ def bracket_step_diagnostics(
     if not (isinstance(validity_ratio, (int, float)) and validity_ratio > 0):
         raise ValueError(f"{call}: validity_ratio must be a number > 0, got {validity_ratio!r}")
 
-    record, pair = _bracket_stats(previous_loss, batch_loss, params, "")
+    # In the common case (old task = previous batch, step = −h g_b) the curvature part
+    # ½ h² g_bᵀ H_a g_b uses the product H_a g_b that the bracket's reverse mode forms
+    # anyway, which saves a Hessian-vector product per measurement.
+    reuse_products = old_loss is None and displacement is None
+    record, pair = _bracket_stats(
+        previous_loss, batch_loss, params, "", mode="reverse" if reuse_products else "fused"
+    )
     g_a, g_b = pair.grad_a, pair.grad_b
     norm_a, norm_b = float(tree_norm(g_a)), float(tree_norm(g_b))
     record["grad_norm_a"] = norm_a
@@ -183,7 +191,10 @@ def bracket_step_diagnostics(
     after = tree_add(params, step)
     before_value = _value(target, params)
     first = float(tree_dot(g_old, step))
-    curvature = 0.5 * float(tree_dot(step, hvp(target, params, step, mode="reverse")))
+    if reuse_products:
+        curvature = 0.5 * h * h * float(tree_dot(g_b, pair.products[1]))
+    else:
+        curvature = 0.5 * float(tree_dot(step, hvp(target, params, step, mode="reverse")))
     measured_change = _value(target, after) - before_value
     record["old_loss"] = before_value
     record["delta_measured"] = measured_change
