@@ -105,9 +105,3 @@ def tree_unravel(flat: Tensor, like: Tree) -> Tree:
         out[k] = flat[offset : offset + v.numel()].reshape(v.shape)
         offset += v.numel()
     return out
-
-
-def tree_select(a: Tree, names: Iterable[str]) -> Tree:
-    """The sub-tree with the given keys (order of ``a`` kept)."""
-    names = set(names)
-    return {k: v for k, v in a.items() if k in names}

@@ -195,7 +195,22 @@ def bind(
         raise TypeError(f"bind: criterion must be callable, got {type(criterion).__name__}")
     if mode not in _MODES:
         raise ValueError(f"bind: mode must be one of {_MODES}, got {mode!r}")
+    _check_input_dtypes(model, inputs)
     return BoundLoss(model, criterion, inputs, targets, mode, include_frozen, dropout_seed)
+
+
+def _check_input_dtypes(model: nn.Module, inputs) -> None:
+    """Floating inputs must have the dtype of the floating parameters (a common slip)."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if len(dtypes) != 1:
+        return
+    (dtype,) = dtypes
+    for index, x in enumerate(inputs if isinstance(inputs, tuple) else (inputs,)):
+        if isinstance(x, Tensor) and x.is_floating_point() and x.dtype != dtype:
+            raise TypeError(
+                f"bind: inputs[{index}] has dtype {x.dtype} but the model's parameters are "
+                f"{dtype}; convert one of them (e.g. model.to({dtype}) or inputs.to({dtype}))"
+            )
 
 
 _NORMS_WITH_STATS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)

@@ -48,7 +48,7 @@ from bea.derivatives import (
     lie_bracket,
     select_names,
 )
-from bea.expansion import gd_steps, modified_field_terms
+from bea.expansion import _check_order, gd_steps, modified_field_terms
 
 
 def igr(loss: Callable, params: Mapping[str, Tensor], lr: float) -> Tensor:
@@ -145,7 +145,10 @@ class MultitaskTerms(NamedTuple):
 def _check_weights(call: str, weights, count: int, like: Tensor) -> Tensor:
     if weights is None:
         return torch.ones(count, dtype=like.dtype, device=like.device)
-    weights = torch.as_tensor(weights, dtype=like.dtype, device=like.device)
+    try:
+        weights = torch.as_tensor(weights, dtype=like.dtype, device=like.device)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{call}: weights must be a sequence of numbers, got {weights!r}") from None
     if weights.shape != (count,):
         raise ValueError(
             f"{call}: weights must have one entry per loss ({count}), got shape {tuple(weights.shape)}"
@@ -306,8 +309,7 @@ def sequential_modified_terms(
     call = "sequential_modified_terms"
     params = check_params(call, params)
     losses = check_losses(call, losses)
-    if isinstance(order, bool) or not isinstance(order, int) or order < 0:
-        raise ValueError(f"{call}: order must be an integer >= 0, got {order!r}")
+    order = _check_order(call, order)
     if order == 0:
         grads = [
             _grad_and_value(call, loss, params, f"losses[{i}]")[0] for i, loss in enumerate(losses)

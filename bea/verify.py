@@ -260,7 +260,11 @@ def flow_displacements(
     times = torch.tensor(hs, dtype=reference.dtype, device=reference.device)
     batch = {k: v.unsqueeze(0).expand((len(hs),) + v.shape).clone() for k, v in state.items()}
     batch[_LR_KEY] = times.clone()
-    bound = None if target is None else torch.tensor(target, dtype=reference.dtype)
+    bound = (
+        None
+        if target is None
+        else torch.tensor(target, dtype=reference.dtype, device=reference.device)
+    )
     result = flow(
         _batched_field(terms, vectorize),
         batch,
@@ -819,10 +823,10 @@ def reshuffling_check(
 def _expm_displacement(matrix: Tensor, offset: Tensor, theta: Tensor, T: float) -> Tensor:
     """Exact ``θ(T) − θ`` for ``θ' = Mθ + c`` by the augmented matrix exponential."""
     n = theta.numel()
-    augmented = torch.zeros(n + 1, n + 1, dtype=theta.dtype)
+    augmented = torch.zeros(n + 1, n + 1, dtype=theta.dtype, device=theta.device)
     augmented[:n, :n] = matrix
     augmented[:n, n] = offset
-    start = torch.cat([theta, torch.ones(1, dtype=theta.dtype)])
+    start = torch.cat([theta, torch.ones(1, dtype=theta.dtype, device=theta.device)])
     return (torch.linalg.matrix_exp(T * augmented) @ start)[:n] - theta
 
 

@@ -13,8 +13,8 @@ import torch
 import bea
 from bea.diagnostics import continual_metrics as cm
 from bea.diagnostics.bracket_monitor import BracketMonitor
-from bea.loggers import MemoryLogger
 from bea.experiments.data import split_digits, subsample
+from bea.loggers import MemoryLogger
 
 torch.manual_seed(0)
 tasks = split_digits(num_tasks=2, seed=0).tasks[:2]

@@ -12,10 +12,10 @@ running fraction of steps with a negative cosine.
 import torch
 from torch import nn
 
-from bea.loggers import JsonlLogger
 from bea.diagnostics.multitask_monitor import MultitaskMonitor, accuracy
 from bea.experiments.data import batches, multi_digits
 from bea.experiments.models import multitask_mlp
+from bea.loggers import JsonlLogger
 
 torch.manual_seed(0)
 data = multi_digits(seed=0, flatten=True)

@@ -138,9 +138,7 @@ def test_bad_modes_weights_and_selections(setup):
         bea.multitask_terms([loss], params, 0.1)
     with pytest.raises(ValueError, match=r"gram: names=\['nothing'\] selects no parameter"):
         bea.gram([loss], params, names=["nothing"])
-    with pytest.raises(
-        ValueError, match=r"sequential_modified_terms: order must be an integer >= 0, got -1"
-    ):
+    with pytest.raises(ValueError, match=r"sequential_modified_terms: order must be >= 0, got -1"):
         bea.sequential_modified_terms([loss], params, order=-1)
     with pytest.raises(
         ValueError, match=r"bind: mode must be one of \('eval', 'train'\), got 'test'"
@@ -165,3 +163,17 @@ def test_bound_loss_called_directly_on_nan(setup):
     nan_params = {**params, "2.bias": torch.tensor([math.nan, 0.0], dtype=torch.float64)}
     with pytest.raises(ValueError, match=r"bind: loss is not finite \(nan\)"):
         loss(nan_params)
+
+
+def test_bind_input_dtype_and_weights_type(setup):
+    model, loss, params = setup
+    with pytest.raises(
+        TypeError, match=r"bind: inputs\[0\] has dtype torch.float32 but .* torch.float64"
+    ):
+        bea.bind(model, nn.functional.mse_loss, torch.randn(5, 3), torch.randn(5, 2).double())
+    with pytest.raises(
+        TypeError, match=r"multitask_terms: weights must be a sequence of numbers, got 'ab'"
+    ):
+        bea.multitask_terms([loss, loss], params, 0.1, weights="ab")
+    with pytest.raises(ValueError, match=r"modified_loss: strength must be finite, got nan"):
+        bea.modified_loss(loss, 0.1, strength=math.nan)
