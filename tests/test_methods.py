@@ -252,3 +252,22 @@ def test_scipy_cagrad_weights_minimize_the_dual_objective():
     assert objective(w[0]) <= grid + 1e-7, (objective(w[0]), grid)
     mean = ScipyCAGrad(c=0.0)(jacobian)
     assert torch.allclose(mean, jacobian.mean(dim=0), atol=1e-6)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cvxpy") is None, reason="needs torchjd[full]")
+def test_nash_mtl_and_cagrad_improve_every_task_to_first_order():
+    """Nash-MTL solves (Gα)_i = 1/α_i, so ⟨g_i, d⟩ = 1/α_i > 0 for every task; CAGrad with
+    c < 1 keeps ⟨d, g_0⟩ > 0 for the mean gradient g_0."""
+    alpha = torch.ones(2, dtype=torch.float64)
+    for name in ("nashmtl", "cagrad"):
+        grads, params, losses_at, shared = method_grads(name, alpha, seed=3)
+        update = torch.cat([grads[n].reshape(-1) for n in shared])
+        detached = {n: p.detach() for n, p in params.items()}
+        task_grads = [
+            torch.cat([g[n].reshape(-1) for n in shared])
+            for g in (bea.grad(lambda q, i=i, f=losses_at: f(q)[i], detached) for i in range(2))
+        ]
+        if name == "nashmtl":
+            assert all(float(g @ update) > 0 for g in task_grads), name
+        else:
+            assert float((task_grads[0] + task_grads[1]) @ update) > 0, name

@@ -25,9 +25,9 @@ Methods (``method.name``), with their objective or rule:
   ``α_k ∇_θ L_k``; the shared update is ``A(J)``; heads get ``∇_φ L``.
   ``pcgrad``, ``gradvac``, ``mgda``, ``graddrop``, ``imtlg``, ``alignedmtl`` need
   nothing more; ``upgrad`` uses :class:`ScipyDualConeProjector` (the default projector
-  needs ``qpsolvers`` and ``quadprog``); ``cagrad`` needs ``cvxpy`` and ``clarabel``
-  (``pip install "torchjd[cagrad]"``) and ``nashmtl`` needs ``cvxpy`` and ``ecos``
-  (``pip install "torchjd[nash_mtl]"``); without them they raise an ImportError that
+  needs ``qpsolvers`` and ``quadprog``); ``cagrad`` needs ``cvxpy`` and ``clarabel`` and
+  ``nashmtl`` needs ``cvxpy`` and ``ecos``, all installed with ``torchjd[full]`` by bea's
+  ``experiments`` extra; where they are missing these two raise an ImportError that
   names the packages. ``cagrad_scipy`` is :class:`ScipyCAGrad`, CAGrad solved with scipy
   as in the authors' code (not torchjd), for use without cvxpy. The ``sum`` aggregator
   reproduces ``sgd``; ``mean`` scales the shared update by ``1/K`` (heads keep ``∇_φ L``).
