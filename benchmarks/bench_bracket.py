@@ -5,6 +5,7 @@ Contenders (all compute ``[g_a, g_b] = H_b g_a − H_a g_b`` except the floor):
 * ``two_grads``       the floor: ``g_a`` and ``g_b`` with plain autograd.
 * ``bea_fused``       ``bea.lie_bracket`` (default mode, one fused reverse pass).
 * ``bea_forward``     ``bea.lie_bracket(mode="forward")`` (forward-over-reverse).
+* ``bea_reverse``     ``bea.lie_bracket(mode="reverse")`` (two products, one graph at a time).
 * ``pyhessian_style`` two products with ``create_graph=True`` + ``autograd.grad``.
 * ``curvlinops``      two mat-vecs with curvlinops' ``HessianLinearOperator``.
 * ``dense_hessian``   two dense ``torch.func.hessian`` matrices (small model only).
@@ -39,6 +40,10 @@ def _contenders(case, quick: bool) -> tuple[dict, dict]:
         made["bea_forward"] = lambda: bea.lie_bracket(
             case.loss_a, case.loss_b, case.params, mode="forward"
         )
+        # One gradient graph alive at a time: the low-memory mode.
+        made["bea_reverse"] = lambda: bea.lie_bracket(
+            case.loss_a, case.loss_b, case.params, mode="reverse"
+        )
     if not quick:
         # A functorch-free variant of the fused pass (benchmarks/prototypes.py), beside it.
         made["proposed_autograd"] = lambda: prototypes.bracket_autograd(
@@ -64,7 +69,8 @@ def run_case(case, config) -> dict:
     made, skipped = _contenders(case, config.quick)
     # Agreement first: every bracket against bea's, the floor's gradients against bea's.
     results, failed, notes, flops = contenders.first_results(
-        made, optional=("bea_forward", "pyhessian_style", "curvlinops", "dense_hessian")
+        made,
+        optional=("bea_forward", "bea_reverse", "pyhessian_style", "curvlinops", "dense_hessian"),
     )
     grads = bea.lie_bracket(case.loss_a, case.loss_b, case.params, return_grads=True)
     agree = harness.agreement(
@@ -112,7 +118,7 @@ def run(config) -> dict:
 def _memory_ops(name: str, quick: bool) -> list[str]:
     if quick:
         return ["two_grads", "bea_fused"]
-    ops = ["two_grads", "bea_fused", "proposed_autograd"]
+    ops = ["two_grads", "bea_fused", "bea_reverse", "proposed_autograd"]
     if name != "mlp_1m":
         ops.append("bea_forward")  # forward-over-reverse keeps no backward graph
     if name == "mlp_1m":

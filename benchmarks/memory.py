@@ -107,10 +107,11 @@ def _build(spec: dict, device):
         def fn():
             return bea.lie_bracket(case.loss_a, case.loss_b, case.params)
 
-    elif op == "bea_forward":
+    elif op in ("bea_forward", "bea_reverse"):
+        mode = op.removeprefix("bea_")
 
         def fn():
-            return bea.lie_bracket(case.loss_a, case.loss_b, case.params, mode="forward")
+            return bea.lie_bracket(case.loss_a, case.loss_b, case.params, mode=mode)
 
     elif op == "proposed_autograd":
         import prototypes
