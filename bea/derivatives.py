@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.func import grad_and_value, jvp, vjp
 
 from bea._checks import (
+    _is_traced,
     check_callable,
     check_finite_tree,
     check_finite_value,
@@ -300,6 +301,50 @@ def gram_by_layer(
     return {group: sum(blocks[n] for n in names) for group, names in groups.items()}
 
 
+def _plain_tensors(params: Mapping[str, Tensor]) -> bool:
+    """True when no leaf is traced by torch.func or tracked by autograd (nothing outside
+    needs to differentiate the result), so plain autograd may be used."""
+    return (
+        not any(v.requires_grad or _is_traced(v) for v in params.values())
+        and not torch._C._functorch.peek_interpreter_stack()
+    )
+
+
+def _fused_bracket_autograd(loss_a: Callable, loss_b: Callable, params: Tree):
+    """The fused pass with plain ``torch.autograd`` on leaf copies of ``params``.
+
+    Same arithmetic as the ``torch.func`` form (two gradients with their graphs, one
+    backward pass with cotangents ``(−g_b, g_a)``) without functorch's per-operation
+    wrapping, which dominates on small models. Used only when nothing outside needs to
+    differentiate the result.
+    """
+    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    inputs = list(leaves.values())
+    with torch.enable_grad():
+        value_a = loss_a(leaves)
+        check_finite_value("lie_bracket", value_a, "loss_a")
+        grads_a = torch.autograd.grad(value_a, inputs, create_graph=True, materialize_grads=True)
+        value_b = loss_b(leaves)
+        check_finite_value("lie_bracket", value_b, "loss_b")
+        grads_b = torch.autograd.grad(value_b, inputs, create_graph=True, materialize_grads=True)
+        outputs, cotangents = [], []
+        for g_a, g_b in zip(grads_a, grads_b, strict=True):
+            # A gradient that does not depend on θ (a bias under a linear loss) drops out.
+            if g_a.requires_grad:
+                outputs.append(g_a)
+                cotangents.append(-g_b.detach())
+            if g_b.requires_grad:
+                outputs.append(g_b)
+                cotangents.append(g_a.detach())
+        if outputs:
+            pulled = torch.autograd.grad(outputs, inputs, cotangents, materialize_grads=True)
+        else:
+            pulled = [torch.zeros_like(x) for x in inputs]
+    names = list(leaves)
+    detached = lambda gs: {n: g.detach() for n, g in zip(names, gs, strict=True)}  # noqa: E731
+    return detached(grads_a), detached(grads_b), detached(pulled)
+
+
 class BracketResult(NamedTuple):
     """A Lie bracket with the two gradients it was made of.
 
@@ -333,7 +378,10 @@ def lie_bracket(
         reverse pass through both graphs with cotangents ``(−g_b, g_a)``, which
         gives ``H_b g_a − H_a g_b`` (Hessians are symmetric); no third-order graph
         is ever kept, and the gradients come out as by-products. The result stays
-        differentiable in ``params`` (e.g. to train on a bracket penalty).
+        differentiable in ``params`` (e.g. to train on a bracket penalty): under a
+        ``torch.func`` transform or on parameters that require grad the pass is a
+        ``torch.func.vjp``; otherwise plain autograd does the same arithmetic with
+        less overhead.
         ``"forward"``: two forward-over-reverse products, ``g_b`` from the first.
         ``"reverse"``: two reverse-over-reverse products.
 
@@ -359,7 +407,10 @@ def lie_bracket(
     loss_a = _scalar_loss("lie_bracket", loss_a, "loss_a")
     loss_b = _scalar_loss("lie_bracket", loss_b, "loss_b")
 
-    if mode == "fused":
+    if mode == "fused" and _plain_tensors(params):
+        grad_a, grad_b, bracket = _fused_bracket_autograd(loss_a, loss_b, params)
+        products = None
+    elif mode == "fused":
 
         def both_gradients(p):
             grad_a, value_a = grad_and_value(loss_a)(p)
