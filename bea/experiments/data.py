@@ -469,6 +469,24 @@ def _side_by_side(
     return out[0], out[1], out[2], out[3]
 
 
+def _side_by_side_data(
+    images, labels, seed, test_fraction, num_train, num_test, call, dtype, device, flatten
+) -> MultitaskData:
+    """Pairs of digits side by side as a two-task classification data set."""
+    x_tr, y_tr, x_te, y_te = _side_by_side(
+        images, labels, seed, test_fraction, num_train, num_test, call
+    )
+    return MultitaskData(
+        x_train=_maybe_flatten(_to_x(x_tr, dtype, device), flatten),
+        y_train=_to_y(y_tr, device),
+        x_test=_maybe_flatten(_to_x(x_te, dtype, device), flatten),
+        y_test=_to_y(y_te, device),
+        task_names=("left", "right"),
+        num_classes_per_task=(10, 10),
+        kind="classification",
+    )
+
+
 def multi_digits(
     seed: int = 0,
     *,
@@ -494,17 +512,8 @@ def multi_digits(
     dtype = _check_dtype(call, dtype)
     test_fraction = _check_fraction(call, "test_fraction", test_fraction, closed=False)
     images, labels = _digits_arrays()
-    x_tr, y_tr, x_te, y_te = _side_by_side(
-        images, labels, seed, test_fraction, num_train, num_test, call
-    )
-    return MultitaskData(
-        x_train=_maybe_flatten(_to_x(x_tr, dtype, device), flatten),
-        y_train=_to_y(y_tr, device),
-        x_test=_maybe_flatten(_to_x(x_te, dtype, device), flatten),
-        y_test=_to_y(y_te, device),
-        task_names=("left", "right"),
-        num_classes_per_task=(10, 10),
-        kind="classification",
+    return _side_by_side_data(
+        images, labels, seed, test_fraction, num_train, num_test, call, dtype, device, flatten
     )
 
 
@@ -535,17 +544,8 @@ def multi_mnist_5k(
     downscale = _check_positive_int(call, "downscale", downscale)
     images, labels = _mnist_arrays()
     images = _downscale(images, downscale, call)
-    x_tr, y_tr, x_te, y_te = _side_by_side(
-        images, labels, seed, test_fraction, num_train, num_test, call
-    )
-    return MultitaskData(
-        x_train=_maybe_flatten(_to_x(x_tr, dtype, device), flatten),
-        y_train=_to_y(y_tr, device),
-        x_test=_maybe_flatten(_to_x(x_te, dtype, device), flatten),
-        y_test=_to_y(y_te, device),
-        task_names=("left", "right"),
-        num_classes_per_task=(10, 10),
-        kind="classification",
+    return _side_by_side_data(
+        images, labels, seed, test_fraction, num_train, num_test, call, dtype, device, flatten
     )
 
 

@@ -54,26 +54,6 @@ import torch
 from torch import Tensor
 from torchjd.linalg import DualConeProjector
 
-METHODS = (
-    "sgd",
-    "igr",
-    "conflict",
-    "cancel",
-    "align",
-    "pcgrad",
-    "gradvac",
-    "cagrad",
-    "mgda",
-    "upgrad",
-    "nashmtl",
-    "graddrop",
-    "imtlg",
-    "alignedmtl",
-    "cagrad_scipy",
-    "mean",
-    "sum",
-)
-STRENGTH_METHODS = {"igr": 1.0, "conflict": None, "align": 0.1}
 AGGREGATORS = (
     "pcgrad",
     "gradvac",
@@ -88,6 +68,8 @@ AGGREGATORS = (
     "mean",
     "sum",
 )
+METHODS = ("sgd", "igr", "conflict", "cancel", "align") + AGGREGATORS
+STRENGTH_METHODS = {"igr": 1.0, "conflict": None, "align": 0.1}
 EXTRA_PACKAGES = {"cagrad": ("cvxpy", "clarabel"), "nashmtl": ("cvxpy", "ecos")}
 
 UpdateFn = Callable[..., tuple[list[Tensor], dict[str, float]]]
