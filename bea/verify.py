@@ -165,9 +165,13 @@ def fit_slope(
     if excluded.any():
         left_out = ", ".join(f"2^{math.log2(x):.0f}" for x in h[excluded])
         notes.append(f"h = {left_out} left out of the fit: {exclude_reason}")
+    non_finite = ~np.isfinite(drift) & ~excluded
+    if non_finite.any():
+        bad = ", ".join(f"2^{math.log2(x):.0f}" for x in h[non_finite])
+        notes.append(f"drift is not finite at h = {bad}: the check fails")
     usable = np.isfinite(drift) & (drift > floor) & (drift > 0)
-    if (~usable & ~excluded).any():
-        dropped = ", ".join(f"2^{math.log2(x):.0f}" for x in h[~usable & ~excluded])
+    if (~usable & ~excluded & ~non_finite).any():
+        dropped = ", ".join(f"2^{math.log2(x):.0f}" for x in h[~usable & ~excluded & ~non_finite])
         notes.append(f"drift at the rounding floor at h = {dropped} (dropped from the fit)")
     usable &= ~excluded
     x, y = np.log(h[usable]), np.log(drift[usable])
@@ -190,6 +194,8 @@ def fit_slope(
             notes.append("integration error not 100x below the drift at some h")
             passed = False
     if expected is not None and not abs(slope - expected) <= tol:
+        passed = False
+    if non_finite.any():
         passed = False
     return slope, passed, notes, [float(s) for s in local]
 

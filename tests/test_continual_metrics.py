@@ -138,3 +138,15 @@ BAD = [
 def test_bad_input_is_named(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_window_without_evaluations_is_an_error():
+    from bea.diagnostics.continual_metrics import min_accuracy
+
+    curve = np.full((6, 2), np.nan)
+    curve[:3, 0] = [0.2, 0.6, 0.9]  # task 0 never evaluated after its training ends
+    curve[3:, 1] = [0.3, 0.5, 0.8]
+    with pytest.raises(
+        ValueError, match=r"min_accuracy: task 0 has no evaluated accuracy in iterations \[3, 6\)"
+    ):
+        min_accuracy(curve, [2, 5])

@@ -235,3 +235,16 @@ def test_record_is_json_ready(problem):
     record = json.loads(json.dumps(check.as_record()))
     assert record["name"] == "gd-x" and record["expected_slope"] == 3.0
     assert len(record["h"]) == len(record["drift"]) == 3
+
+
+def test_non_finite_drift_fails_the_check_and_says_so():
+    from bea.verify import fit_slope
+
+    hs = [2.0**-k for k in range(3, 9)]
+    drift = [h**3 for h in hs]
+    slope, passed, _, _ = fit_slope(hs, drift, 3.0)
+    assert passed and abs(slope - 3) < 1e-9
+    drift[2] = float("nan")
+    slope, passed, notes, _ = fit_slope(hs, drift, 3.0)
+    assert not passed
+    assert any("drift is not finite at h = 2^-5" in note for note in notes), notes

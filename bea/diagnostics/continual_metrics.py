@@ -165,6 +165,17 @@ def forgetting(matrix) -> float:
     return float(np.mean(forgetting_per_task(matrix)))
 
 
+def _window_min(call: str, A: np.ndarray, task: int, start: int, stop: int) -> float:
+    """``min`` of task ``task``'s accuracies over iterations ``[start, stop)``, ignoring NaN;
+    a window with no evaluated accuracy is an error, not a silent NaN."""
+    values = A[start:stop, task]
+    if values.size == 0 or np.isnan(values).all():
+        raise ValueError(
+            f"{call}: task {task} has no evaluated accuracy in iterations [{start}, {stop})"
+        )
+    return float(np.nanmin(values))
+
+
 def min_accuracy(curve, task_ends, after_task: int | None = None) -> float:
     """min-ACC (De Lange et al., 2023): mean over previous tasks of their worst accuracy.
 
@@ -178,7 +189,7 @@ def min_accuracy(curve, task_ends, after_task: int | None = None) -> float:
     k = T - 1 if after_task is None else int(after_task)
     if not 1 <= k < T:
         raise ValueError(f"{call}: after_task must be in [1, {T - 1}], got {after_task}")
-    minima = [np.nanmin(A[ends[i] + 1 : ends[k] + 1, i]) for i in range(k)]
+    minima = [_window_min(call, A, i, ends[i] + 1, ends[k] + 1) for i in range(k)]
     return float(np.mean(minima))
 
 
@@ -295,7 +306,7 @@ def stability_gap_dips(curve, task_ends, window: int | None = None) -> np.ndarra
         switch = int(ends[k - 1])
         stop = int(ends[k]) if window is None else min(int(ends[k]), switch + window)
         for i in range(k):
-            dips[k, i] = A[switch, i] - np.nanmin(A[switch + 1 : stop + 1, i])
+            dips[k, i] = A[switch, i] - _window_min(call, A, i, switch + 1, stop + 1)
     return dips
 
 
