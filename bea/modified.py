@@ -44,7 +44,7 @@ from bea._tree import Tree, tree_dot
 from bea.derivatives import (
     _grad_and_value,
     _scalar_loss,
-    gram_from_grads,
+    gram_blocks,
     lie_bracket,
     select_names,
 )
@@ -199,7 +199,6 @@ def multitask_terms(
     losses = check_losses(call, losses, minimum=2)
     lr = check_lr(call, lr)
     shared_names = select_names(call, params, shared, "shared")
-    unshared_names = [name for name in params if name not in set(shared_names)]
 
     grads, values = [], []
     for index, loss in enumerate(losses):
@@ -209,11 +208,29 @@ def multitask_terms(
     loss_values = torch.stack(values)
     alpha = _check_weights(call, weights, len(losses), loss_values)
 
-    shared_gram = gram_from_grads(grads, shared_names)
-    if unshared_names:
-        unshared_gram = gram_from_grads(grads, unshared_names)
-    else:
-        unshared_gram = torch.zeros_like(shared_gram)
+    return multitask_terms_from_blocks(
+        loss_values, gram_blocks(grads), lr, alpha, tuple(shared_names)
+    )
+
+
+def multitask_terms_from_blocks(
+    loss_values: Tensor,
+    blocks: Mapping[str, Tensor],
+    lr: float,
+    alpha: Tensor,
+    shared_names: Sequence[str],
+) -> MultitaskTerms:
+    """:class:`MultitaskTerms` from the task losses and per-parameter Gram blocks.
+
+    ``blocks[n]`` is the K×K matrix ``⟨∇L_i[n], ∇L_j[n]⟩`` of parameter ``n`` (see
+    :func:`bea.derivatives.gram_blocks`); the shared Gram matrix is the sum over
+    ``shared_names`` and the rest over the other parameters. For monitors that
+    already hold the blocks (see :func:`multitask_terms` for the formulas).
+    """
+    shared = set(shared_names)
+    shared_gram = sum(blocks[n] for n in shared_names)
+    others = [block for n, block in blocks.items() if n not in shared]
+    unshared_gram = sum(others) if others else torch.zeros_like(shared_gram)
     return multitask_terms_from_grams(
         loss_values, shared_gram, unshared_gram, lr, alpha, tuple(shared_names)
     )
@@ -372,6 +389,7 @@ __all__ = [
     "igr",
     "modified_loss",
     "multitask_terms",
+    "multitask_terms_from_blocks",
     "multitask_terms_from_grams",
     "order_effect",
     "sequential_modified_field",

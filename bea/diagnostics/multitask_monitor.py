@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from bea.derivatives import gram_blocks, layer_groups, select_names, value_and_grad
-from bea.modified import multitask_terms_from_grams
+from bea.modified import multitask_terms_from_blocks
 
 
 def accuracy(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -254,13 +254,8 @@ class MultitaskMonitor:
         # Products once per parameter, summed per group in float64; the terms come from
         # the same formulas as bea.multitask_terms.
         blocks = {n: b.to(torch.float64) for n, b in gram_blocks(grads).items()}
-        shared = set(self.shared_names)
-        shared_gram = sum(blocks[n] for n in self.shared_names)
-        unshared = [blocks[n] for n in blocks if n not in shared]
-        unshared_gram = sum(unshared) if unshared else torch.zeros_like(shared_gram)
-        terms = multitask_terms_from_grams(
-            values, shared_gram, unshared_gram, lr, alpha, tuple(self.shared_names)
-        )
+        terms = multitask_terms_from_blocks(values, blocks, lr, alpha, self.shared_names)
+        shared_gram = terms.gram
         outer = torch.outer(alpha, alpha)
         norms = terms.grad_norms
         record: dict[str, Any] = {"lr": lr}
